@@ -11,6 +11,7 @@ from schemas.contract import (
     SCHEMA_VERSION,
     SHARD_SCHEMA,
     STANDARD_INPUT_SCHEMA,
+    REFERENCE_PARITY_ATOL,
     MetaKey,
     ShardMetadata,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "KNOWN_SCHEMA_VERSIONS",
     "MESSAGE_ROLES",
     "MESSAGE_TYPE",
+    "REFERENCE_PARITY_ATOL",
     "REQUIRED_META_KEYS",
     "ROW_GROUP_ROWS",
     "SCHEMA_VERSION",

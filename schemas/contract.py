@@ -27,6 +27,11 @@ SCHEMA_VERSION = "1"
 
 KNOWN_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 
+REFERENCE_PARITY_ATOL = 1e-4
+"""Largest per-token difference (nats) accepted between stored reference log-probs and the same
+model's log-probs recomputed by the trainer in float32. Scoring parity was measured well inside
+it (see docs); anything above means tokenizer, template or dtype drift."""
+
 MESSAGE_ROLES = frozenset({"system", "user", "assistant"})
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
