@@ -7,11 +7,11 @@ from schemas.contract import (
     KNOWN_SCHEMA_VERSIONS,
     MESSAGE_ROLES,
     MESSAGE_TYPE,
+    REFERENCE_PARITY_ATOL,
     REQUIRED_META_KEYS,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
     STANDARD_INPUT_SCHEMA,
-    REFERENCE_PARITY_ATOL,
     MetaKey,
     ShardMetadata,
 )
