@@ -39,7 +39,7 @@ class ToySpec:
     """Width of the SwiGLU MLP."""
     init_std: float = 0.05
     """Std of the normal init of every matrix. Larger than Llama's 0.02 so that next-token
-    log-probs spread by about a nat instead of all sitting near ``-log(vocab)``."""
+    log-probs spread over a few nats instead of all sitting near ``-log(vocab)``."""
     max_position_embeddings: int = 512
     """Longest sequence the model (and vLLM's ``max_model_len``) accepts."""
 
@@ -48,7 +48,7 @@ class ToySpec:
         return self.hidden_size // self.num_attention_heads
 
 
-# Head size 32 or 64: both are sizes vLLM's CPU attention supports.
+# Head sizes 32 (tiny) and 64 (small); both load and score in vLLM's CPU build as they are.
 PRESETS: dict[str, ToySpec] = {
     # About 1.4M parameters: the model of unit tests and the demo.
     "tiny": ToySpec(
@@ -83,6 +83,11 @@ def make_config(spec: ToySpec, *, bos_id: int, eos_id: int, pad_id: int) -> Llam
         raise ValueError(
             f"hidden_size ({spec.hidden_size}) must be a multiple of num_attention_heads "
             f"({spec.num_attention_heads})"
+        )
+    if spec.num_attention_heads % spec.num_key_value_heads:
+        raise ValueError(
+            f"num_attention_heads ({spec.num_attention_heads}) must be a multiple of "
+            f"num_key_value_heads ({spec.num_key_value_heads})"
         )
     return LlamaConfig(
         vocab_size=VOCAB_SIZE,

@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
 )
 
-_WORDS = (
+_WORD_TEXT = (
     "the a an and or but if then so because while when where what which who how why this that "
     "these those it is are was were be been being have has had do does did can could will would "
     "should may might must not no yes all some many few more most less each every other another "
@@ -61,7 +61,8 @@ _WORDS = (
     "please thanks thank hello goodbye sorry sure okay of in on at to from with by for about "
     "over under between into through after before around near far up down out off "
     "system user assistant reply message helpful harmless honest"
-).split()
+)
+_WORDS = _WORD_TEXT.split()
 _NON_ASCII = ("café", "naïve", "über", "smörgåsbord", "façade", "déjà", "résumé", "Ω", "π", "€")
 _PUNCT = (".", ".", ".", "?", "!", ",", ";", ":")
 
