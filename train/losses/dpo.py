@@ -65,12 +65,12 @@ def cdpo_loss(
     ref_rejected_logps: Tensor,
     *,
     beta: float = 0.1,
-    label_smoothing: float,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """Conservative DPO: `dpo_loss` with label smoothing `eps` in (0, 0.5), required.
 
     Inputs are sequence log-probs, each [B]; returns [B], float64. See `dpo_loss` for the
-    equation. An `eps` of 0 raises: it would silently be plain DPO.
+    equation. An `eps` of 0 (the default) raises: it would silently be plain DPO.
     """
     _check_label_smoothing(label_smoothing, positive=True)
     return dpo_loss(

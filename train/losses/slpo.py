@@ -54,9 +54,12 @@ def slpo_loss(
         L = pi_w (log pi_w + m - s_w) + pi_l (log pi_l + m - s_l)
             + (1 - M) (exp(s - m) phi(P) - phi(M))
 
-    This is exact. `0 log 0 = 0`; `s` and `m` are clamped just below 0 (a pair cannot hold
-    more than all the mass). When `s - m` exceeds ~709 (the policy gives the pair e^709 times
-    the reference's mass) the exact loss is beyond float64 range and is `inf`.
+    This is exact (rounding aside: about eps * |m| absolute, so it can read -1e-13 at the
+    target). `0 log 0 = 0`; `s` and `m` are clamped just below 0, since a pair cannot hold more
+    than all the mass (sums rounded near 0 can claim it). The gradient of the last term has
+    size `exp(s - m) / (1 - P)`: past e^709 (the policy gives the pair about e^709 times the
+    reference's mass) the exact loss or its gradient is beyond float64 range and overflows;
+    a float32 gradient flowing back into float32 sums overflows past e^88.
     """
     check_alpha(alpha)
     check_target_rule(target_rule)

@@ -15,7 +15,10 @@ from train.losses.numerics import (
 
 
 def _binary_kl(target_logit: Tensor, policy_logit: Tensor) -> Tensor:
-    """`KL(Bern(sigmoid(target_logit)) || Bern(sigmoid(policy_logit)))`, elementwise; 0 log 0 = 0."""
+    """`KL(Bern(sigmoid(target_logit)) || Bern(sigmoid(policy_logit)))`, elementwise.
+
+    `0 log 0 = 0`, so an infinite target logit (a completion the target gives no mass) is fine.
+    """
     a, a_bar = torch.sigmoid(target_logit), torch.sigmoid(-target_logit)
     return (
         torch.xlogy(a, a)
@@ -23,6 +26,19 @@ def _binary_kl(target_logit: Tensor, policy_logit: Tensor) -> Tensor:
         + torch.xlogy(a_bar, a_bar)
         - a_bar * logsigmoid(-policy_logit)
     )
+
+
+def _tempered_log_odds(
+    logps: Tensor, complement_logps: Tensor | None, temperatures: Tensor | None
+) -> Tensor:
+    """`(log p - log(1 - p)) / T`, [B] float64: the log-odds of a binary distribution
+    `(p, 1 - p)` tempered by `T`. `log(1 - p)` defaults to `log1mexp(log p)`, `T` to 1."""
+    if complement_logps is None:
+        complement_logps = log1mexp(logps.clamp(max=MAX_LOG_MASS))
+    log_odds = logps - complement_logps.to(torch.float64)
+    if temperatures is None:
+        return log_odds
+    return log_odds / temperatures.to(torch.float64)
 
 
 def slpo_tempered_loss(
@@ -79,20 +95,18 @@ def slpo_tempered_loss(
         "chosen_temperatures": chosen_temperatures,
         "rejected_temperatures": rejected_temperatures,
     }
-    given = {name: t for name, t in optional.items() if t is not None}
-    checked = dict(zip(given, as_float64(policy_chosen_logps=s_w, **given)[1:], strict=True))
-    c_w = checked.get("policy_chosen_complement_logps")
-    c_l = checked.get("policy_rejected_complement_logps")
-    if c_w is None:
-        c_w = log1mexp(s_w.clamp(max=MAX_LOG_MASS))
-    if c_l is None:
-        c_l = log1mexp(s_l.clamp(max=MAX_LOG_MASS))
-    t_w_temp = checked.get("chosen_temperatures", torch.ones_like(s_w))
-    t_l_temp = checked.get("rejected_temperatures", torch.ones_like(s_l))
+    # Only to check that the optional inputs have the same [B] shape.
+    as_float64(
+        policy_chosen_logps=s_w, **{name: t for name, t in optional.items() if t is not None}
+    )
 
     log_t_w, log_t_l = target_logps(r_w, r_l, alpha, target_rule)
-    target_logit_w = (log_t_w - log1mexp(log_t_w.clamp(max=MAX_LOG_MASS))) / t_w_temp
-    target_logit_l = (log_t_l - log1mexp(log_t_l.clamp(max=MAX_LOG_MASS))) / t_l_temp
-    chosen = _binary_kl(target_logit_w, (s_w - c_w) / t_w_temp)
-    rejected = _binary_kl(target_logit_l, (s_l - c_l) / t_l_temp)
+    chosen = _binary_kl(
+        _tempered_log_odds(log_t_w, None, chosen_temperatures),
+        _tempered_log_odds(s_w, policy_chosen_complement_logps, chosen_temperatures),
+    )
+    rejected = _binary_kl(
+        _tempered_log_odds(log_t_l, None, rejected_temperatures),
+        _tempered_log_odds(s_l, policy_rejected_complement_logps, rejected_temperatures),
+    )
     return (chosen + rejected) / 4.0
