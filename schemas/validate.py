@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.contract import (
@@ -97,12 +98,10 @@ def validate_shard(
         batches = parquet.iter_batches(batch_size=batch_size, columns=SHARD_SCHEMA.names)
         for batch in batches:
             _check_batch(path, batch, num_rows, eos_ids, seen_ids)
-            prompt_tokens += int(
-                pa.compute.sum(pa.compute.list_value_length(batch["prompt_ids"])).as_py() or 0
-            )
+            prompt_tokens += int(pc.sum(pc.list_value_length(batch["prompt_ids"])).as_py() or 0)
             for name in COMPLETIONS:
-                lengths = pa.compute.list_value_length(batch[f"{name}_ids"])
-                completion_tokens += int(pa.compute.sum(lengths).as_py() or 0)
+                lengths = pc.list_value_length(batch[f"{name}_ids"])
+                completion_tokens += int(pc.sum(lengths).as_py() or 0)
             num_rows += batch.num_rows
     except (OSError, pa.ArrowInvalid) as e:
         raise CorruptShardError(path, f"cannot read row data ({e})") from e
@@ -189,8 +188,8 @@ def _check_batch(
             if batch[col].null_count:
                 fail(NonFiniteError, _first(batch[col].is_null()), col, "value is null")
 
-        n_tokens = pa.compute.list_value_length(token_ids).to_numpy(zero_copy_only=False)
-        n_logps = pa.compute.list_value_length(per_token).to_numpy(zero_copy_only=False)
+        n_tokens = pc.list_value_length(token_ids).to_numpy(zero_copy_only=False)
+        n_logps = pc.list_value_length(per_token).to_numpy(zero_copy_only=False)
         if (bad := np.flatnonzero(n_tokens != n_logps)).size:
             i = int(bad[0])
             fail(
