@@ -28,6 +28,8 @@ from pipeline.shards import WorkerRun, run_worker
 from schemas import (
     SCHEMA_VERSION,
     ShardMetadata,
+    check_model_dir,
+    is_local_model,
     tokenizer_fingerprint,
     weights_fingerprint,
 )
@@ -73,6 +75,7 @@ def score(
     batch_pairs: int = DEFAULT_BATCH_PAIRS,
     kv_cache_gib: float | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
     scorer: Any | None = None,
     command: Sequence[str] | None = None,
 ) -> ScoreResult:
@@ -100,6 +103,7 @@ def score(
         batch_pairs=batch_pairs,
         kv_cache_gib=kv_cache_gib,
         progress=progress,
+        trust_remote_code=trust_remote_code,
         command=tuple(command) if command else ("pipeline.score", *map(str, inputs)),
     )
     engine = _LazyScorer(opts, scorer)
@@ -135,12 +139,15 @@ def _prepare(opts: ScoreOptions, engine: _LazyScorer) -> WorkerRun:
     files = discover(list(opts.inputs))
     logger.info("%d input files for split %r: %s", len(files), opts.split, [str(f) for f in files])
 
+    if is_local_model(opts.model):
+        check_model_dir(opts.model)
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(opts.model)
+    trust = opts.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(opts.model, trust_remote_code=trust)
     scorer = engine.scorer
     engine.dtype = _check_dtype(opts, scorer)
-    context = scorer.max_model_len if scorer else _context_length(AutoConfig, opts.model)
+    context = scorer.max_model_len if scorer else _context_length(AutoConfig, opts.model, trust)
     max_length = _check_max_length(opts.max_length, context)
     engine.max_model_len = max_length + 1
     eos_ids = _eos_token_ids(tokenizer, opts.model)
@@ -211,6 +218,7 @@ class _LazyScorer:
                 dtype=self.dtype,
                 max_model_len=self.max_model_len,
                 kv_cache_gib=self.opts.kv_cache_gib,
+                trust_remote_code=self.opts.trust_remote_code,
             )
             self.owned = True
         return self.scorer
@@ -222,7 +230,7 @@ class _LazyScorer:
 
 def _check_dtype(opts: ScoreOptions, scorer: Any | None) -> str:
     if scorer is None:
-        return resolve_dtype(opts.model, opts.dtype)
+        return resolve_dtype(opts.model, opts.dtype, trust_remote_code=opts.trust_remote_code)
     if not _same_model(scorer.model, opts.model):
         raise ValueError(
             f"the scorer passed runs {scorer.model!r}, not model={opts.model!r}; pass a scorer "
@@ -242,9 +250,9 @@ def _same_model(a: str, b: str) -> bool:
     return a == b
 
 
-def _context_length(auto_config: Any, model: str) -> int:
+def _context_length(auto_config: Any, model: str, trust_remote_code: bool) -> int:
     """Tokens the model attends over (vLLM's default max_model_len)."""
-    config = auto_config.from_pretrained(model)
+    config = auto_config.from_pretrained(model, trust_remote_code=trust_remote_code)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         if isinstance(value := getattr(config, name, None), int):
             return value

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--kv-cache-gib", type=float, help="vLLM KV cache on CPU (default 2)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
+    score.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in the model folder (off by default)",
+    )
 
     finalize = commands.add_parser(
         "finalize", help="check a finished job array, write the manifest"
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_pairs=args.batch_pairs,
                 kv_cache_gib=args.kv_cache_gib,
                 progress=not args.no_progress,
+                trust_remote_code=args.trust_remote_code,
                 command=["python", "-m", "pipeline", *argv],
             )
             busy = max(result.scoring_seconds, 1e-9)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import INPUT_FIELDS, MESSAGE_ROLES, InputError
@@ -197,6 +198,7 @@ def _parquet_rows(path: Path, index: int, skip) -> Iterator[SourceRow]:
         parquet = pq.ParquetFile(path)
     except Exception as e:
         raise InputError(path, f"not a readable Parquet file ({e})", fix="Check the file.") from e
+    _check_parquet_types(path, parquet.schema_arrow)
     columns = [c for c in ("id", *INPUT_FIELDS) if c in parquet.schema_arrow.names]
     first = 0
     for group in range(parquet.num_row_groups):
@@ -207,6 +209,33 @@ def _parquet_rows(path: Path, index: int, skip) -> Iterator[SourceRow]:
                 yield SourceRow(index + first + offset, str(path), first + offset, data)
         first += n
     return index + first
+
+
+def _check_parquet_types(path: Path, schema: pa.Schema) -> None:
+    """Refuse a column whose type no row could be valid in: a file error, whatever
+    `on_bad_row` says (skipping would reject every row)."""
+    t = pa.types
+    for name in ("id", *INPUT_FIELDS):
+        if name not in schema.names:
+            continue
+        kind = schema.field(name).type
+        text = t.is_null(kind) or t.is_string(kind) or t.is_large_string(kind)
+        if name == "id":
+            ok = text or t.is_integer(kind)
+        else:
+            listed = t.is_list(kind) or t.is_large_list(kind)
+            ok = text or (listed and t.is_struct(kind.value_type))
+        if not ok:
+            raise InputError(
+                path,
+                f"the column's type is {kind}",
+                column=name,
+                fix=(
+                    "Write `prompt`, `chosen` and `rejected` as string columns, or as "
+                    "list<struct<role: string, content: string>> columns, and `id` as a string "
+                    "or integer column."
+                ),
+            )
 
 
 def parse(row: SourceRow) -> Row:

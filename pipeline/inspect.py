@@ -24,7 +24,7 @@ def inspect(path: str | Path, *, validate: bool = True) -> dict:
     elif (path / "manifest.json").is_file():
         manifest = json.loads((path / "manifest.json").read_text())
         splits = {
-            name: [path / s["path"] for s in info["shards"]]
+            name: [_listed_path(path, s["path"]) for s in info["shards"]]
             for name, info in manifest["splits"].items()
         }
     elif any(path.glob("part-*.parquet")):
@@ -59,6 +59,19 @@ def inspect(path: str | Path, *, validate: bool = True) -> dict:
             "stats": stats,
         }
     return result
+
+
+def _listed_path(root: Path, listed: str) -> Path:
+    """A shard the manifest lists: its path must be relative and stay inside the dataset."""
+    target = root / listed
+    if Path(listed).is_absolute() or not target.resolve().is_relative_to(root.resolve()):
+        raise ContractError(
+            root / "manifest.json",
+            f"shard path {listed!r} leads outside the dataset folder",
+            fix="A manifest lists shards relative to its folder; run `python -m pipeline "
+            "finalize` on the dataset to write it again.",
+        )
+    return target
 
 
 def _provenance(files: list[Path]) -> dict | None:

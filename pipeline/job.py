@@ -76,6 +76,8 @@ class ScoreOptions:
     """vLLM KV cache size on CPU, GiB."""
     progress: bool = True
     """Show a progress bar (on stderr, when it is a terminal)."""
+    trust_remote_code: bool = False
+    """Let transformers and vLLM run Python code shipped in the model folder; off by default."""
     command: tuple[str, ...] = field(default_factory=tuple)
     """The command line, for the manifest."""
 

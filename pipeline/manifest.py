@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from collections import Counter
@@ -144,7 +145,8 @@ def _check_split(layout: Layout, markers: list[dict]) -> dict:
             }
             for r in records
         ],
-        "source_files": [i["path"] for i in job["inputs"]],
+        # Relative to the dataset folder (with `..` for inputs outside it): no absolute path.
+        "source_files": [os.path.relpath(i["path"], layout.out.resolve()) for i in job["inputs"]],
         "options": {k: job[k] for k in ("max_length", "overlong", "rows_per_shard", "num_workers")},
         "workers": [
             {"worker": m["worker"], "wall_time_s": m["wall_time_s"], "command": m["command"]}

@@ -28,7 +28,7 @@ DEFAULT_CPU_KV_CACHE_GIB = 2.0
 (vLLM's own default asks for 92% of the machine's memory)."""
 
 
-def resolve_dtype(model: str | Path, dtype: str) -> str:
+def resolve_dtype(model: str | Path, dtype: str, *, trust_remote_code: bool = False) -> str:
     """The dtype to score in: `auto` is float32 without CUDA (bfloat16 on CPU is slow and off by
     up to 0.2 nats per token), else the checkpoint's own dtype."""
     if dtype not in DTYPES:
@@ -41,7 +41,7 @@ def resolve_dtype(model: str | Path, dtype: str) -> str:
         return "float32"
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(model)
+    config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(found).removeprefix("torch.") if found is not None else "float32"
     return name if name in DTYPES else "float32"
@@ -65,6 +65,7 @@ class VllmScorer:
         max_model_len: int | None = None,
         kv_cache_gib: float | None = None,
         seed: int = 0,
+        trust_remote_code: bool = False,
         **engine_kwargs: Any,
     ):
         import vllm
@@ -72,12 +73,14 @@ class VllmScorer:
         from vllm.platforms import current_platform
 
         self.model = str(model)
-        self.dtype = resolve_dtype(model, dtype)
+        self.dtype = resolve_dtype(model, dtype, trust_remote_code=trust_remote_code)
         kwargs: dict[str, Any] = dict(
             model=self.model,
             dtype=self.dtype,
             seed=seed,
             max_model_len=max_model_len,
+            # Code shipped in a model folder runs only when the user asks for it.
+            trust_remote_code=trust_remote_code,
             # Eager mode: compiling the model graph costs minutes and changes nothing here.
             enforce_eager=True,
             logprobs_mode="raw_logprobs",

@@ -25,6 +25,7 @@ from schemas.errors import (
     MissingEosError,
     MissingIdError,
     MissingMetadataError,
+    ModelFolderError,
     NonFiniteError,
     PositiveLogpError,
     SchemaMismatchError,
@@ -33,7 +34,13 @@ from schemas.errors import (
     SumMismatchError,
     TokenizerMismatchError,
 )
-from schemas.fingerprint import file_sha256, tokenizer_fingerprint, weights_fingerprint
+from schemas.fingerprint import (
+    check_model_dir,
+    file_sha256,
+    is_local_model,
+    tokenizer_fingerprint,
+    weights_fingerprint,
+)
 from schemas.io import ROW_GROUP_ROWS, shard_table, write_shard, write_text_atomic
 from schemas.validate import (
     ShardReport,
@@ -66,6 +73,7 @@ __all__ = [
     "MissingEosError",
     "MissingIdError",
     "MissingMetadataError",
+    "ModelFolderError",
     "NonFiniteError",
     "PositiveLogpError",
     "SchemaMismatchError",
@@ -75,8 +83,10 @@ __all__ = [
     "ShardValidationError",
     "SumMismatchError",
     "TokenizerMismatchError",
+    "check_model_dir",
     "check_tokenizer",
     "file_sha256",
+    "is_local_model",
     "read_shard_metadata",
     "shard_table",
     "tokenizer_fingerprint",

@@ -107,6 +107,12 @@ class TokenizerMismatchError(ShardValidationError):
     )
 
 
+class ModelFolderError(ContractError):
+    """A model folder is missing, incomplete or damaged (found before anything loads it)."""
+
+    fix = "Pass a folder written by `save_pretrained` (config.json, tokenizer files, weights)."
+
+
 class InputError(ContractError):
     """An input row or file cannot be turned into a preference pair."""
 

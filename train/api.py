@@ -16,6 +16,7 @@ import torch
 
 from schemas import (
     REFERENCE_PARITY_ATOL,
+    check_model_dir,
     tokenizer_fingerprint,
     weights_fingerprint,
     write_text_atomic,
@@ -79,6 +80,9 @@ def _seed_everything(seed: int) -> None:
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run training as configured; return the run summary (also in `OUT/summary.json`)."""
     config.validate()
+    check_model_dir(config.model, tokenizer=config.tokenizer is None)
+    if config.tokenizer is not None:
+        check_model_dir(config.tokenizer, flag="--tokenizer", weights=False)
     config.out = Path(config.out)
     info = distributed.launch_info()
     backend = distributed.init(info, config.dist_backend)
@@ -93,7 +97,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def _run(config: TrainConfig, info: distributed.DistInfo, backend: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+    tokenizer = AutoTokenizer.from_pretrained(
+        config.tokenizer or config.model, trust_remote_code=config.trust_remote_code
+    )
     pre = distributed.on_main_then_share(lambda: _preflight(config, tokenizer), info)
     if not config.skip_row_checks:
         problem = validate_rows(pre.train_split, rank=info.rank, world_size=info.world_size)

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--bf16", action="store_true", help="bfloat16 (GPUs; slow on CPU)")
     opt.add_argument("--gradient-checkpointing", action="store_true")
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in the model folder (off by default)",
+    )
 
     run = p.add_argument_group("evaluation, checkpoints, checks")
     run.add_argument("--eval-every", type=int, default=0, help="steps; 0: at the end only")

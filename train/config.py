@@ -81,6 +81,8 @@ class TrainConfig:
     """Recompute activations in the backward pass to save memory."""
     bf16: bool = False
     """Train in bfloat16 (on GPUs; on CPU it is much slower than float32)."""
+    trust_remote_code: bool = False
+    """Let transformers run Python code shipped in the model folder; off by default."""
     skip_ref_check: bool = False
     """Skip the step-0 check of the policy against the stored reference log-probs."""
     ref_check_atol: float | None = None

@@ -116,10 +116,17 @@ def load_split(data_dir: Path, split: str, *, tokenizer_fingerprint: str) -> Spl
 def check_manifest(data_dir: Path, split: str, shards: list[Shard]) -> None:
     """When the dataset has a `manifest.json`, its shard list for `split` must be what is found.
 
-    A difference means an unfinished job array, a missing shard or a foreign file. A folder
-    without a manifest (e.g. shards written by hand) is accepted with a warning.
+    A difference means an unfinished job array, a missing shard or a foreign file. A scoring
+    job's folder without a manifest is refused (it was not finalized); a folder of shards
+    written otherwise (by hand, say) is accepted with a warning.
     """
     path = data_dir / MANIFEST
+    if not path.is_file() and (data_dir / split / ".work" / "job.json").is_file():
+        raise ProvenanceError(
+            f"{data_dir / split} was written by a scoring job that was not finalized (no "
+            f"{path}): a worker may not have finished. Run `python -m pipeline finalize "
+            f"{data_dir}`, which checks every worker and shard, then train"
+        )
     if not path.is_file():
         logger.warning("%s has no %s: shards are used as found", data_dir, MANIFEST)
         return

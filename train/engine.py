@@ -80,7 +80,9 @@ def load_policy(config: TrainConfig, resolved: Resolved, ds_config: dict[str, An
     # Under ZeRO-3 this object, kept alive, makes `from_pretrained` partition while loading.
     zero3 = HfDeepSpeedConfig(ds_config) if resolved.zero_stage == 3 else None
     dtype = torch.bfloat16 if resolved.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        config.model, dtype=dtype, trust_remote_code=config.trust_remote_code
+    )
     model.config.use_cache = False
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
