@@ -36,6 +36,7 @@ from schemas import (
     write_shard,
     write_text_atomic,
 )
+from schemas.faults import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class _ShardWriter:
             "seconds": round(time.monotonic() - started, 3),
         }
         write_text_atomic(layout.record_path(self.worker, self.shard), json.dumps(record) + "\n")
+        fault_point("shard-done")
         logger.info(
             "wrote %s: %d pairs, %d dropped, %d rejected",
             path,
@@ -308,6 +310,7 @@ class _ShardWriter:
             chunk = pairs[i : i + batch]
             started = time.monotonic()
             logps.extend(scorer.score(chunk))
+            fault_point("score-batch")
             summary.scoring_seconds += time.monotonic() - started
             summary.pairs += len(chunk)
             summary.scored_tokens += sum(p.num_scored_tokens for p in chunk)

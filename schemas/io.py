@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.contract import SHARD_SCHEMA, ShardMetadata
+from schemas.faults import fault_point
 
 ROW_GROUP_ROWS = 1024
 """Rows per Parquet row group: small enough to stream, large enough to compress well."""
@@ -56,14 +57,16 @@ def write_shard(table: pa.Table, path: str | Path, *, row_group_rows: int = ROW_
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        pq.write_table(
-            table,
+        # What `pq.write_table` does, with a fault point before the footer is written.
+        with pq.ParquetWriter(
             tmp,
+            table.schema,
             compression="zstd",
-            row_group_size=row_group_rows,
             use_dictionary=["id"],
             write_statistics=["id"],
-        )
+        ) as writer:
+            writer.write_table(table, row_group_size=row_group_rows)
+            fault_point("shard-write")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from schemas import write_text_atomic
+from schemas.faults import fault_point
 from train.distributed import DistInfo, barrier
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def save(engine, out: Path, step: int, state: dict[str, Any], info: DistInfo, ke
     engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(_rng_state(), folder / f"rng-rank-{info.rank:05d}.pt")
+    fault_point("checkpoint-files")
     barrier()
     if info.is_main:
         write_text_atomic(folder / STATE_FILE, json.dumps(state, indent=2) + "\n")

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from schemas.faults import fault_point
 from train import checkpoint
 from train.collate import collate
 from train.config import TrainConfig
@@ -139,6 +140,7 @@ class Loop:
             output = self.forward(pairs)
             self.engine.backward(output.losses.mean())
             self.engine.step()
+            fault_point("train-micro-batch")
             metrics = self.objective.metrics(output)
             keys = list(metrics)
             values = torch.stack([metrics[k] for k in keys])  # [K] float64
