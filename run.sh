@@ -4,6 +4,7 @@
 #   ./run.sh test     set up, then the whole test suite (extra args go to pytest)
 #   ./run.sh lint     ruff format check and ruff lint
 #   ./run.sh setup    set up only
+#   ./run.sh bench    set up, install the bench extra, then every benchmark (args go to bench)
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -69,8 +70,23 @@ case "$cmd" in
         STEP="ruff check"
         "$VENV/bin/ruff" check .
         ;;
+    bench)
+        setup
+        STEP="install the bench extra"
+        if ! "$PY" -c 'import trl, datasets, psutil, matplotlib' 2>/dev/null; then
+            say "installing the bench extra (TRL, datasets, psutil, matplotlib)"
+            # The extra's list from pyproject.toml, with torch held at its pin.
+            mapfile -t bench_pkgs < <("$PY" -c 'import tomllib
+for p in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]:
+    print(p)')
+            "$PY" -m pip install --quiet torch==2.13.0 "${bench_pkgs[@]}"
+            "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+        fi
+        STEP="benchmarks"
+        "$PY" -m bench "$@"
+        ;;
     *)
-        echo "usage: ./run.sh [demo|test|lint|setup] [args...]" >&2
+        echo "usage: ./run.sh [demo|test|lint|setup|bench] [args...]" >&2
         exit 2
         ;;
 esac
