@@ -4,6 +4,7 @@
 #   ./run.sh test     set up, then the whole test suite (extra args go to pytest)
 #   ./run.sh lint     ruff format check and ruff lint
 #   ./run.sh setup    set up only
+#   ./run.sh study    set up, then the demo over seeds 0 1 2 with mean and spread
 #   ./run.sh bench    set up, install the bench extra, then every benchmark (args go to bench)
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -58,6 +59,11 @@ case "$cmd" in
         STEP="demo"
         "$PY" -m toy demo --out "${SLPO_DEMO_DIR:-runs/demo}" "$@"
         ;;
+    study)
+        setup
+        STEP="study"
+        "$PY" -m toy study --out "${SLPO_STUDY_DIR:-runs/study}" "$@"
+        ;;
     test)
         setup
         STEP="tests"
@@ -86,7 +92,7 @@ for p in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-depende
         "$PY" -m bench "$@"
         ;;
     *)
-        echo "usage: ./run.sh [demo|test|lint|setup|bench] [args...]" >&2
+        echo "usage: ./run.sh [demo|test|lint|setup|study|bench] [args...]" >&2
         exit 2
         ;;
 esac
