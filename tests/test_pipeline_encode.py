@@ -108,3 +108,17 @@ def test_encoder_options_are_checked(tokenizer):
         encoder(tokenizer, overlong="truncate")
     with pytest.raises(ValueError, match="max_length must be >= 2, got 1"):
         encoder(tokenizer, max_length=1)
+
+
+def test_an_empty_prompt_that_encodes_to_no_tokens_is_a_bad_row(tokenizer):
+    """With a tokenizer that adds no BOS, an empty prompt has no token to condition on."""
+    from tokenizers import processors
+
+    bare = copy.deepcopy(tokenizer)
+    bare.backend_tokenizer.post_processor = processors.TemplateProcessing(single="$A", pair="$A $B")
+    assert bare("")["input_ids"] == []
+    (bad, good) = encoder(bare).encode(
+        [Row("e", "", " 5.", " 6.", False), Row("f", "Say hi", "hi", "bye", False)]
+    )
+    assert isinstance(bad, BadRow) and (bad.reason, bad.field) == ("empty_prompt", "prompt")
+    assert isinstance(good, EncodedPair) and good.prompt_ids[0] != tokenizer.bos_token_id

@@ -123,12 +123,15 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Keep the demo's output to its stage lines: libraries log warnings only, no load bars.
+    """Keep the demo's output to its stage lines: libraries log errors only, no load bars.
 
     Each setting is a default; the environment overrides it.
     """
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # vLLM's engine processes inherit these: no deprecation notes, no C++ NUMA notices.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     import torch
 
     if not torch.cuda.is_available():

@@ -171,7 +171,7 @@ def run_demo(config: DemoConfig, progress: Progress = logger.info, *, scorer=Non
     splits = split_problems(
         n_eval=config.n_eval, n_dev=config.n_dev, n_pref=config.n_pref, seed=config.seed
     )
-    stages = Stages(7 if scorer is None else 5, progress)
+    stages = Stages(6 if scorer is None else 4, progress)
     commands = [f"python -m toy demo --out {out} --seed {config.seed}"]
 
     if scorer is None:
