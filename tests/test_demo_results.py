@@ -152,12 +152,19 @@ def test_aggregate_and_write_study(tmp_path):
     # KL: the same for both: no difference.
     assert vs_dpo["kl"] == {"difference": 0.0, "exceeds_spread": False}
     assert "reference" not in study["comparisons"]
+    paired = study["paired"]["slpo_a1 - dpo_b0.1"]["metrics"]["train/rejected_shift"]
+    assert paired["values"] == pytest.approx([2.0, 2.0, 2.0]) and paired["agree"] == 3
+    assert set(study["paired"]) == {
+        *(f"{r} - reference" for r in ("slpo_a1", "dpo_b0.1")),
+        "slpo_a1 - dpo_b0.1",
+    }
 
     written = write_study(seeds, tmp_path)
     markdown = (tmp_path / "study.md").read_text()
     assert "| SLPO α=1 | 51.0 ± 1.0% |" in markdown
     assert "| SLPO α=1 − DPO β=0.1 | **+6.0 pp** | **+3.0 pp** | +0.00 |" in markdown
-    assert written["table"] in markdown
+    assert written["table"] in markdown and written["paired_table"] in markdown
+    assert "| SLPO α=1 − DPO β=0.1 | **+6.0 ± 1.0 pp (3/3)** |" in markdown
     assert json.loads((tmp_path / "study.json").read_text())["seeds"] == [0, 1, 2]
     for name in ("accuracy", "logp_shift", "loss", "margins"):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -179,6 +179,7 @@ def _study(args: argparse.Namespace) -> int:
     )
     print(study["table"])
     print(study["comparison_table"])
+    print(study["paired_table"])
     return 0
 
 

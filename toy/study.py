@@ -5,7 +5,9 @@
 Each seed is a whole demo run in its own process (``OUT/seed-N/``): its own base weights,
 fine-tuning, samples, pairs and training shuffles, so the spread covers all of them. A
 difference between two runs is called a difference only when it exceeds the spread: when the
-intervals mean ± std (over seeds) of the two do not overlap.
+intervals mean ± std (over seeds) of the two do not overlap. Runs of one seed share their
+reference, pairs and data order, so the study also compares them seed by seed (paired): the
+mean ± std of the per-seed differences, and in how many seeds the difference has its sign.
 """
 
 from __future__ import annotations
@@ -100,7 +102,33 @@ def aggregate(seeds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "baseline": BASELINE,
         "runs": runs,
         "comparisons": comparisons,
+        "paired": paired_differences(seeds, names),
     }
+
+
+def paired_differences(seeds: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict:
+    """Seed by seed, each trained run minus the reference and minus ``BASELINE``.
+
+    ``{"<run> - <other>": {key: summarize(per-seed differences) + {"agree": n}}}``, where
+    ``agree`` counts the seeds whose difference has the sign of the mean.
+    """
+    reference, trained = names[0], names[1:]
+    pairs = [(name, reference) for name in trained]
+    if BASELINE in trained:
+        pairs += [(name, BASELINE) for name in trained if name != BASELINE]
+    paired = {}
+    for name, other in pairs:
+        by_key = {}
+        for key, _, _ in COLUMNS:
+            values = [s["runs"][r]["metrics"].get(key) for s in seeds for r in (name, other)]
+            if any(v is None for v in values):
+                continue
+            summary = summarize([a - b for a, b in zip(values[::2], values[1::2], strict=True)])
+            sign = 1 if summary["mean"] >= 0 else -1
+            summary["agree"] = sum(1 for v in summary["values"] if v * sign > 0)
+            by_key[key] = summary
+        paired[f"{name} - {other}"] = {"run": name, "other": other, "metrics": by_key}
+    return paired
 
 
 def compare(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, Any]:
@@ -149,6 +177,29 @@ def comparison_table(study: Mapping[str, Any]) -> str:
     return markdown_table(rows, ["difference", *(h for _, h, _ in COLUMNS)])
 
 
+def paired_table(study: Mapping[str, Any]) -> str:
+    """Per-seed differences, mean ± std (agreeing seeds / seeds); bold where every seed agrees."""
+    n = len(study["seeds"])
+    rows = []
+    for entry in study["paired"].values():
+        cells = []
+        for key, _, kind in COLUMNS:
+            summary = entry["metrics"].get(key)
+            if summary is None:
+                cells.append("n/a")
+                continue
+            scale, unit = (100, " pp") if kind == "pct" else (1, "")
+            digits = 1 if kind == "pct" else (3 if kind == "float" else 2)
+            text = (
+                f"{scale * summary['mean']:+.{digits}f} ± {scale * summary['std']:.{digits}f}"
+                f"{unit} ({summary['agree']}/{n})"
+            )
+            cells.append(f"**{text}**" if summary["agree"] == n and n > 1 else text)
+        labels = [study["runs"][entry[k]]["label"] for k in ("run", "other")]
+        rows.append([" − ".join(labels), *cells])
+    return markdown_table(rows, ["paired difference", *(h for _, h, _ in COLUMNS)])
+
+
 def write_study(seeds: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]:
     """``study.json``, ``study.md`` and the plots (mean ± std bands) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +218,12 @@ def write_study(seeds: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]
         "intervals do not overlap).",
         "",
         comparison_table(study) if study["comparisons"] else "(no baseline run)\n",
+        "Paired differences: per seed, a run minus the reference or minus "
+        f"{study['runs'][BASELINE]['label'] if BASELINE in study['runs'] else 'the baseline'}"
+        " (both trained from that seed's reference on that seed's pairs), then mean ± std over "
+        "seeds, and (k/n): the seeds whose difference has the mean's sign; **bold**: every seed.",
+        "",
+        paired_table(study),
         f"Seconds per seed: {', '.join(f'{s:.0f}' for s in seconds)}.",
         "",
         *(f"![{p.stem}]({p.name})\n" for p in plots),
@@ -174,4 +231,5 @@ def write_study(seeds: Sequence[Mapping[str, Any]], out: Path) -> dict[str, Any]
     write_text_atomic(out / "study.md", "\n".join(lines))
     study["table"] = study_table(study)
     study["comparison_table"] = comparison_table(study) if study["comparisons"] else ""
+    study["paired_table"] = paired_table(study)
     return study
