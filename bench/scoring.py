@@ -9,6 +9,10 @@ log-softmax gathered at the completion tokens. Each side runs in its own process
 (vLLM engine start, or the model load) is timed apart from its warm throughput, which is
 measured after one warm-up batch.
 
+The transformers forward also runs on one thread: vLLM's CPU build binds its model worker to
+all cores but one and keeps that one for its scheduler, so on a 2-core machine it computes on
+a single core. The one-thread ratio compares the two per core of compute.
+
 The achieved FLOP rate is 2 x matmul parameters x processed tokens per second (prompt once per
 completion, plus both completions; attention's own FLOPs are left out), against the peak of a
 float32 `torch.matmul` of square matrices measured here with the same thread count.
@@ -204,12 +208,19 @@ def run_size(size: str, n: int, args: argparse.Namespace, peak_gflops: float) ->
     params = workload.count_parameters(model)
     common_args = ["--model", model, "--pairs-file", pairs_file, "--n", n]
     common_args += ["--max-length", args.max_length]
-    env = common.side_env(args.threads)
     sides = {}
-    for side, batch in (("vllm", args.vllm_batch_pairs), ("hf", args.hf_batch_pairs)):
+    runs = (
+        ("vllm", "vllm", args.vllm_batch_pairs, args.threads),
+        ("hf", "hf", args.hf_batch_pairs, args.threads),
+        ("hf_1t", "hf", args.hf_batch_pairs, 1),
+    )
+    for key, side, batch, threads in runs:
         cmd = [common.python(), "-m", "bench.scoring", "--side", side, *common_args]
         run = common.run_side(
-            [*cmd, "--batch-pairs", batch], label=f"scoring-{size}-{side}", env=env, timeout=3600
+            [*cmd, "--batch-pairs", batch],
+            label=f"scoring-{size}-{key}",
+            env=common.side_env(threads),
+            timeout=3600,
         )
         result = run.result
         sums = result.pop("sums")
@@ -222,11 +233,13 @@ def run_size(size: str, n: int, args: argparse.Namespace, peak_gflops: float) ->
         )
         gflops = 2 * params["matmul"] * result["processed_tokens_per_second"] / 1e9
         result.update(gflops=gflops, fraction_of_peak=gflops / peak_gflops)
-        sides[side] = (result, sums)
+        sides[key] = (result, sums)
 
     (vllm, vllm_sums), (hf, hf_sums) = sides["vllm"], sides["hf"]
+    hf_1t = sides["hf_1t"][0]
     diffs = [abs(a - b) for a, b in zip(vllm_sums, hf_sums, strict=True)]
     speedup = vllm["completion_tokens_per_second"] / hf["completion_tokens_per_second"]
+    per_core = vllm["completion_tokens_per_second"] / hf_1t["completion_tokens_per_second"]
     # Pairs after which vLLM's longer start-up is paid back by its faster scoring.
     per_pair_saved = hf["seconds"] / hf["pairs"] - vllm["seconds"] / vllm["pairs"]
     extra_startup = vllm["startup_seconds"] - hf["startup_seconds"]
@@ -235,7 +248,9 @@ def run_size(size: str, n: int, args: argparse.Namespace, peak_gflops: float) ->
         "parameters": params,
         "vllm": vllm,
         "hf": hf,
+        "hf_1t": hf_1t,
         "speedup": speedup,
+        "speedup_vs_one_thread": per_core,
         "break_even_pairs": extra_startup / per_pair_saved if per_pair_saved > 0 else None,
         "max_abs_sum_diff": max(diffs),
         "mean_abs_token_diff": sum(diffs) / vllm["completion_tokens"],
@@ -245,7 +260,11 @@ def run_size(size: str, n: int, args: argparse.Namespace, peak_gflops: float) ->
 def report(results: list[dict[str, Any]], peak: dict[str, Any]) -> str:
     rows = []
     for r in results:
-        for side, name in (("vllm", "pipeline (vLLM)"), ("hf", "transformers forward")):
+        for side, name in (
+            ("vllm", "pipeline (vLLM)"),
+            ("hf", "transformers forward"),
+            ("hf_1t", "transformers forward, 1 thread"),
+        ):
             s = r[side]
             rows.append(
                 [
@@ -278,6 +297,7 @@ def report(results: list[dict[str, Any]], peak: dict[str, Any]) -> str:
             r["size"],
             r["speedup"],
             common.verdict(r["speedup"], TARGET, at_least=True),
+            r["speedup_vs_one_thread"],
             r["break_even_pairs"],
             r["max_abs_sum_diff"],
         ]
@@ -293,6 +313,7 @@ def report(results: list[dict[str, Any]], peak: dict[str, Any]) -> str:
                     "model",
                     "vLLM / transformers (completion tok/s)",
                     "target",
+                    "vLLM / transformers on 1 thread",
                     "break-even pairs (start-up paid back)",
                     "max |sum diff| nats",
                 ],
