@@ -10,9 +10,10 @@ vLLM is imported only when a scorer is built, so `import pipeline` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from pipeline.encode import EncodedPair
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Thread-count variables that override the OpenMP binding vLLM's CPU build gives its worker
+# (one thread per core it binds, one core kept for the scheduler). MKL_NUM_THREADS=2 on a
+# 2-core machine put two MKL threads on the worker's one core: scoring ran 6.8x slower.
+ENGINE_UNSET_ENV = ("MKL_NUM_THREADS",)
 DEFAULT_CPU_KV_CACHE_GIB = 2.0
 """KV cache on CPU when neither `kv_cache_gib` nor `VLLM_CPU_KVCACHE_SPACE` says otherwise
 (vLLM's own default asks for 92% of the machine's memory)."""
@@ -45,6 +50,25 @@ def resolve_dtype(model: str | Path, dtype: str, *, trust_remote_code: bool = Fa
     found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     name = str(found).removeprefix("torch.") if found is not None else "float32"
     return name if name in DTYPES else "float32"
+
+
+@contextlib.contextmanager
+def cpu_engine_env(is_cpu: bool) -> Iterator[None]:
+    """While the engine starts its processes on CPU, unset `ENGINE_UNSET_ENV` (with a warning)
+    so that they inherit vLLM's own thread binding; restore the variables afterwards."""
+    saved = {k: os.environ[k] for k in ENGINE_UNSET_ENV if is_cpu and k in os.environ}
+    for name, value in saved.items():
+        logger.warning(
+            "%s=%s is unset for the vLLM engine's processes: it overrides the thread binding "
+            "of vLLM's CPU worker and slowed scoring several fold",
+            name,
+            value,
+        )
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 class VllmScorer:
@@ -102,7 +126,8 @@ class VllmScorer:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
 
         logger.info("Starting vLLM %s on %s (%s)", vllm.__version__, self.model, self.dtype)
-        self.llm = vllm.LLM(**kwargs)
+        with cpu_engine_env(current_platform.is_cpu()):
+            self.llm = vllm.LLM(**kwargs)
         self.version = vllm.__version__
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self._params = vllm.SamplingParams(

@@ -1,0 +1,27 @@
+"""The engine's processes start without thread-count variables that break vLLM's CPU binding."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.scorer import cpu_engine_env
+
+
+def test_mkl_threads_are_unset_while_the_engine_starts_on_cpu(monkeypatch, caplog):
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    with caplog.at_level(logging.WARNING, logger="pipeline.scorer"), cpu_engine_env(True):
+        assert "MKL_NUM_THREADS" not in os.environ
+    assert os.environ["MKL_NUM_THREADS"] == "2"
+    assert "MKL_NUM_THREADS=2 is unset for the vLLM engine" in caplog.text
+
+
+def test_nothing_changes_off_cpu_or_when_unset(monkeypatch, caplog):
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")
+    with caplog.at_level(logging.WARNING, logger="pipeline.scorer"), cpu_engine_env(False):
+        assert os.environ["MKL_NUM_THREADS"] == "4"
+    monkeypatch.delenv("MKL_NUM_THREADS")
+    with cpu_engine_env(True):
+        assert "MKL_NUM_THREADS" not in os.environ
+    assert "MKL_NUM_THREADS" not in os.environ
+    assert caplog.text == ""
