@@ -9,9 +9,9 @@ log-softmax gathered at the completion tokens. Each side runs in its own process
 (vLLM engine start, or the model load) is timed apart from its warm throughput, which is
 measured after one warm-up batch.
 
-The transformers forward also runs on one thread: vLLM's CPU build binds its model worker to
-all cores but one and keeps that one for its scheduler, so on a 2-core machine it computes on
-a single core. The one-thread ratio compares the two per core of compute.
+The transformers forward also runs on one thread, a per-core reference: vLLM's own CPU
+default binds its model worker to all cores but one (kept for its scheduler), which on 2 cores
+is one core; the pipeline binds the worker to every core (`pipeline.scorer.cpu_engine_env`).
 
 The achieved FLOP rate is 2 x matmul parameters x processed tokens per second (prompt once per
 completion, plus both completions; attention's own FLOPs are left out), against the peak of a
