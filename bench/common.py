@@ -8,6 +8,7 @@ side warms a cache for another; the parent only launches, samples and reports.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -49,12 +50,11 @@ MIB = 1024 * 1024
 
 
 def cpu_model() -> str:
-    try:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` says (not Linux)."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or "unknown"
 
 

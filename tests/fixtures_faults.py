@@ -55,8 +55,9 @@ def child_process(
 
 def run_killed(command: Sequence[str], *, log: Path, fault: str) -> int:
     """Run `command` until it dies at `fault`; return its exit code."""
+    # Leaving the context waits for the child, which the fault point kills.
     with child_process(command, log=log, fault=fault) as child:
-        pass
+        child.wait(timeout=LAUNCH_TIMEOUT)
     return child.returncode
 
 
